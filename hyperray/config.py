@@ -1,0 +1,323 @@
+"""Configuration: one typed dataclass per concern and one strict override path.
+
+Every source of settings -- YAML files, command-line flags, a tuning search space -- is a flat
+mapping of dotted keys (``"lora.rank": 4``) applied by :func:`override`. Unknown keys raise and
+list the valid ones; values are coerced to the declared field type; cross-field checks live in
+``__post_init__`` and name the key to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigKeyError(KeyError):
+    """A dotted key that names no setting."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"
+    """Target model: a built-in name, a local directory or .gguf file, or a hub id."""
+    dtype: str = "float32"
+    """Precision of the frozen target model: float32 or bfloat16."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """peft semantics: suffixes, one regex (a single string), or ["all-linear"]."""
+    chat_template: bool = True
+    """Wrap the target's input in the tokenizer's chat template when it has one."""
+    cache_dir: str | None = None
+    """Where built-in models are converted and cached; default $HYPERRAY_CACHE or ~/.cache/hyperray."""
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if not self.target_modules:
+            raise ValueError(
+                "model.target_modules is empty: name at least one module, e.g. q_proj,v_proj"
+            )
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    """LoRA rank r: A is (r x d_in), B is (d_out x r)."""
+    alpha: float = 16.0
+    """LoRA scale numerator: the update is (alpha / rank) * B @ A, as in peft."""
+    lightweight: bool = False
+    """Generate only small cores: A = A_core @ P, B = Q @ B_core, with P, Q frozen random bases."""
+    core_size: int = 32
+    """Inner size c of the lightweight cores (A_core is r x c, B_core is c x r)."""
+    basis_seed: int = 0
+    """Seed the frozen lightweight bases are re-created from; stored in checkpoints."""
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        if self.lightweight and self.core_size < self.rank:
+            raise ValueError(
+                f"lora.core_size ({self.core_size}) must be >= lora.rank ({self.rank}) "
+                "for lightweight LoRA; raise lora.core_size"
+            )
+
+
+@dataclass
+class EncoderConfig:
+    kind: str = "sentence"
+    """Task encoder: "sentence" (a frozen sentence encoder) or "target" (the frozen target model)."""
+    name: str = "all-minilm-l6-v2"
+    """Sentence encoder: the built-in all-minilm-l6-v2 or a local sentence-transformers directory."""
+    max_length: int = 512
+    """Task-text tokens the encoder reads."""
+
+    def __post_init__(self):
+        if self.kind not in ("sentence", "target"):
+            raise ValueError(f"encoder.kind must be 'sentence' or 'target', got {self.kind!r}")
+
+
+@dataclass
+class HypernetConfig:
+    head: str = "shared"
+    """Generator head: shared, per_module, autoregressive or iterative."""
+    hidden_size: int = 256
+    """Width of the head's hidden features."""
+    embedding_size: int = 64
+    """Size of the learned layer-depth and module-type embeddings."""
+    depth: int = 2
+    """Residual MLP blocks in a head's trunk."""
+    refinement_steps: int = 3
+    """Passes of the iterative head (ignored by the others)."""
+    dropout: float = 0.0
+    """Dropout inside the head's trunk."""
+
+    def __post_init__(self):
+        if self.refinement_steps < 1:
+            raise ValueError(f"hypernet.refinement_steps must be >= 1, got {self.refinement_steps}")
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None
+    """Directory of SNI task files to train on; None uses the built-in task suite."""
+    eval_path: str | None = None
+    """Directory of held-out SNI task files; None holds out tasks of the training source."""
+    eval_fraction: float = 0.1
+    """Share of tasks held out when eval_path is None and the source is not the built-in suite."""
+    num_demos: int = 2
+    """Positive examples in the task text (Def+2Pos)."""
+    tasks_per_batch: int = 2
+    """Distinct tasks in each mini-batch."""
+    rows_per_task: int = 4
+    """Instances of each task in each mini-batch."""
+    include_definition: bool = False
+    """Also give the target model the task definition before the input."""
+    max_prompt_tokens: int = 256
+    """Target-model prompt tokens kept (truncated from the left)."""
+    max_answer_tokens: int = 64
+    """Answer tokens kept."""
+    builtin_instances: int = 48
+    """Instances per task of the built-in suite."""
+    text_path: str | None = None
+    """Pretraining stage: a folder of .txt files; None uses the training tasks' inputs as text."""
+    pretrain_objective: str = "mixed"
+    """Pretraining stage: "abcd" (hypernet reads A and D), "abc" (reads A) or "mixed"."""
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_demos < 1:
+            raise ValueError(f"data.num_demos must be >= 1, got {self.num_demos}")
+        if self.tasks_per_batch < 1 or self.rows_per_task < 1:
+            raise ValueError("data.tasks_per_batch and data.rows_per_task must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "finetune"
+    """"finetune" (multi-task instructions) or "pretrain" (A|B|C|D, A|B|C on plain text)."""
+    init_from: str | None = None
+    """A hyperray checkpoint to start from, e.g. the pretraining stage's."""
+    steps: int = 400
+    """Optimiser steps."""
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    consistency_weight: float = 0.0
+    """alpha: weight of HART's consistency loss between two demonstration sets of a task; 0 = off."""
+    consistency_on: str = "adapter"
+    """What the consistency loss compares: "adapter" (generated A, B) or "states" (head states)."""
+    log_every: int = 10
+    eval_every: int = 0
+    """Steps between held-out evaluations during training; 0 = only before and after."""
+    eval_tasks: int = 8
+    """Held-out tasks evaluated (the first N by name)."""
+    eval_instances: int = 8
+    """Instances per held-out task evaluated."""
+    max_new_tokens: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.stage not in ("finetune", "pretrain"):
+            raise ValueError(f"train.stage must be 'finetune' or 'pretrain', got {self.stage!r}")
+        if self.consistency_weight < 0:
+            raise ValueError(
+                f"train.consistency_weight must be >= 0, got {self.consistency_weight}"
+            )
+        if self.consistency_on not in ("adapter", "states"):
+            raise ValueError(
+                f"train.consistency_on must be 'adapter' or 'states', got {self.consistency_on!r}"
+            )
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    hypernet: HypernetConfig = field(default_factory=HypernetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/default"
+
+
+def valid_keys(config: Any) -> list[str]:
+    """Every dotted key :func:`override` accepts for this config."""
+    keys = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += [f"{f.name}.{k}" for k in valid_keys(value)]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def override(config: Any, updates: dict[str, Any], _prefix: str = "") -> Any:
+    """A copy of ``config`` with dotted-key updates applied, coerced and validated."""
+    grouped: dict[str, dict[str, Any]] = {}
+    changes: dict[str, Any] = {}
+    for key, value in updates.items():
+        head, _, rest = key.partition(".")
+        current = getattr(config, head, _MISSING) if head in _field_names(config) else _MISSING
+        nested = dataclasses.is_dataclass(current)
+        if current is _MISSING or (rest and not nested):
+            raise ConfigKeyError(
+                f"unknown config key {_prefix + key!r}; valid keys: {', '.join(_prefix + k for k in valid_keys(config))}"
+            )
+        if rest:
+            grouped.setdefault(head, {})[rest] = value
+        elif nested:
+            raise ConfigKeyError(
+                f"config key {_prefix + key!r} is a section; set one of its fields"
+            )
+        else:
+            changes[head] = _coerce(value, _field_type(config, head), _prefix + key)
+    for head, sub in grouped.items():
+        changes[head] = override(getattr(config, head), sub, f"{_prefix}{head}.")
+    return dataclasses.replace(config, **changes)
+
+
+_MISSING = object()
+
+
+def _field_names(config: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(config)}
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"lora": {"rank": 4}}`` -> ``{"lora.rank": 4}``."""
+    flat = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def from_dict(nested: dict[str, Any]) -> Config:
+    return override(Config(), flatten(nested))
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then a YAML (or JSON) file of overrides, then explicit overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        nested = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(nested, dict):
+            raise ValueError(f"config file {path} must hold a mapping of settings")
+        try:
+            config = override(config, flatten(nested))
+        except (KeyError, ValueError) as e:
+            raise type(e)(f"{path}: {e.args[0]}") from None
+    return override(config, overrides or {})
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+
+
+def _field_type(config: Any, name: str) -> Any:
+    return typing.get_type_hints(type(config))[name]
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (types.UnionType, typing.Union):
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, options[0], key)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r} expects a list, got {value!r}")
+        return [_coerce(v, item, key) for v in value]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"config key {key!r} expects true or false, got {value!r}")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"config key {key!r} expects a number, got {value!r}")
+        try:
+            number = kind(value) if kind is float else int(str(value), 0)
+        except (TypeError, ValueError):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"config key {key!r} expects {kind.__name__}, got {value!r}"
+                ) from None
+            if kind is int and not number.is_integer():
+                raise ValueError(f"config key {key!r} expects an integer, got {value!r}") from None
+            number = kind(number)
+        return number
+    if kind is str:
+        if not isinstance(value, (str, int, float)):
+            raise ValueError(f"config key {key!r} expects a string, got {value!r}")
+        return str(value)
+    return value

@@ -1,0 +1,83 @@
+"""The training loop: task-grouped batches in, optimiser steps out, progress and metrics logged.
+
+One loop for every engine (plain PyTorch here, DeepSpeed behind the same seam) and every
+stage (instruction fine-tuning, text pretraining): they differ in the batches they feed it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from hyperray.batching import TaskBatch
+from hyperray.engine import Engine
+from hyperray.model import HyperLoRA
+
+
+class MetricLogger(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+def train(
+    model: HyperLoRA,
+    batches: Iterator[TaskBatch],
+    engine: Engine,
+    steps: int,
+    loggers: list[MetricLogger],
+    log_every: int = 10,
+    eval_every: int = 0,
+    evaluate: Callable[[int], dict[str, float]] | None = None,
+    start_step: int = 0,
+) -> list[dict[str, float]]:
+    """Run ``steps - start_step`` optimiser steps; returns the logged metric rows."""
+    model.train()
+    history: list[dict[str, float]] = []
+    window = _fresh_window()
+    started = last = time.perf_counter()
+    for step in range(start_step, steps):
+        fetch = time.perf_counter()
+        batch = next(batches)
+        window["wait"] += time.perf_counter() - fetch
+        out = model(batch)
+        engine.backward(out.loss)
+        engine.step()
+        window["loss"] += out.loss.item()
+        window["ce"] += out.ce.item()
+        window["consistency"] += out.consistency.item()
+        window["tokens"] += batch.num_tokens
+        window["n"] += 1
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            now = time.perf_counter()
+            n = window["n"]
+            row = {
+                "loss": window["loss"] / n,
+                "ce": window["ce"] / n,
+                "consistency": window["consistency"] / n,
+                "lr": engine.lr,
+                "tokens_per_s": window["tokens"] / (now - last),
+                "data_wait_fraction": window["wait"] / (now - last),
+            }
+            eta = (now - started) / (done - start_step) * (steps - done)
+            print(
+                f"step {done}/{steps}  loss {row['loss']:.4f}  ce {row['ce']:.4f}  "
+                f"cons {row['consistency']:.3g}  lr {row['lr']:.2e}  "
+                f"tok/s {row['tokens_per_s']:.0f}  eta {eta:.0f}s",
+                flush=True,
+            )
+            for logger in loggers:
+                logger.log(row, done)
+            history.append({"step": done, **row})
+            window = _fresh_window()
+            last = now
+        if evaluate is not None and eval_every and done % eval_every == 0 and done < steps:
+            metrics = evaluate(done)
+            for logger in loggers:
+                logger.log(metrics, done)
+            model.train()
+    return history
+
+
+def _fresh_window() -> dict[str, float]:
+    return {"loss": 0.0, "ce": 0.0, "consistency": 0.0, "tokens": 0.0, "wait": 0.0, "n": 0.0}
