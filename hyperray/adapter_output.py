@@ -41,6 +41,7 @@ class AdapterOutput(nn.Module):
         self.rank = rank
         self.lightweight = lightweight
         self.norm = nn.LayerNorm(hidden_size)
+        self.out_scale = 1.0 / math.sqrt(hidden_size)
         self.proj = nn.ModuleList()
         for k, kind in enumerate(layout.kinds):
             a_in, b_out = (core_size, core_size) if lightweight else (kind.d_in, kind.d_out)
@@ -51,7 +52,7 @@ class AdapterOutput(nn.Module):
                 )
             proj = nn.Linear(hidden_size, rank * a_in + b_out * rank)
             with torch.no_grad():
-                proj.weight[: rank * a_in].normal_(0.0, 1.0 / math.sqrt(hidden_size * a_in))
+                proj.weight[: rank * a_in].normal_(0.0, 1.0 / math.sqrt(a_in))
                 proj.weight[rank * a_in :].zero_()
                 proj.bias.zero_()
             self.proj.append(proj)
@@ -73,7 +74,8 @@ class AdapterOutput(nn.Module):
 
     def forward(self, features: Tensor) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor]:
         """(G, S, H) -> ({module name: (A (G, r, d_in), B (G, d_out, r))}, flat codes (G, S*))."""
-        features = self.norm(features)
+        # 1/sqrt(H) keeps an optimiser step's change of A and B independent of the head's width.
+        features = self.norm(features) * self.out_scale
         weights: dict[str, tuple[Tensor, Tensor]] = {}
         codes = []
         r = self.rank

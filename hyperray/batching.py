@@ -41,7 +41,8 @@ class TaskBatch:
 
     @property
     def num_tokens(self) -> int:
-        return int(self.attention_mask.sum()) + int((self.labels != IGNORE).sum())
+        """Tokens the target model reads (prompt and answer)."""
+        return int(self.attention_mask.sum())
 
     def to(self, device: torch.device | str) -> TaskBatch:
         return TaskBatch(

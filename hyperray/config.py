@@ -148,7 +148,7 @@ class TrainConfig:
     """A hyperray checkpoint to start from, e.g. the pretraining stage's."""
     steps: int = 400
     """Optimiser steps."""
-    lr: float = 5e-4
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 20
     grad_clip: float = 1.0

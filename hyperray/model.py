@@ -20,6 +20,9 @@ from hyperray.hypernet import Generated, HyperNetwork
 from hyperray.lora import Adapter, LoraHooks
 from hyperray.losses import completion_loss, consistency_loss
 
+# Causal LMs whose logits are exactly lm_head(last hidden state): no scaling or soft-capping.
+_PLAIN_LM_HEAD = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo2"}
+
 
 @dataclass
 class LossOutput:
@@ -100,12 +103,7 @@ class HyperLoRA(nn.Module):
         if adapter.batch_size > 1:
             adapter = adapter.index_select(batch.row_task)
         with self.hooks.apply(adapter):
-            logits = self.target(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                **self._decoder_inputs(batch),
-            ).logits
-        ce = completion_loss(logits, batch.labels, shift=not self.is_encoder_decoder)
+            ce = self._answer_loss(batch)
         consistency = ce.new_zeros(())
         if self.consistency_weight > 0 and batch.alt_task_texts is not None:
             second = self.generate_weights(batch.alt_task_texts)
@@ -149,6 +147,20 @@ class HyperLoRA(nn.Module):
         if not self.is_encoder_decoder:
             out = out[:, length:]
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _answer_loss(self, batch: TaskBatch) -> Tensor:
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if self.is_encoder_decoder:
+            logits = self.target(**inputs, **self._decoder_inputs(batch)).logits
+            return completion_loss(logits, batch.labels, shift=False)
+        if self.target.config.model_type not in _PLAIN_LM_HEAD:
+            return completion_loss(self.target(**inputs).logits, batch.labels, shift=True)
+        # Only answer positions need the vocabulary projection: skipping the prompt's saves
+        # the largest matmul of the step for models whose head is a plain linear layer.
+        hidden = self.target.base_model(**inputs).last_hidden_state  # (N, T, d)
+        scored = batch.labels[:, 1:] != IGNORE  # (N, T-1)
+        logits = self.target.get_output_embeddings()(hidden[:, :-1][scored])  # (M, V)
+        return completion_loss(logits[None], batch.labels[:, 1:][scored][None], shift=False)
 
     def _decoder_inputs(self, batch: TaskBatch) -> dict[str, Tensor]:
         if not self.is_encoder_decoder:

@@ -181,3 +181,47 @@ def test_generate_adapter_from_dict_examples(config):
     )
     assert adapter.batch_size == 1
     assert set(adapter.weights) == {s.name for s in model.hypernet.layout.slots}
+
+
+def test_batched_generation_equals_each_input_alone(config):
+    model = trained(config)
+    train, _ = build_tasks(config)
+    task = train[1]
+    adapter = model.generate_adapter(task.definition, task.positive_examples[:2])
+    inputs = ["ab", "a much longer input than the first one", "xyz 12"]
+    together = model.generate(inputs, adapter, max_new_tokens=6)
+    assert together == [model.generate([text], adapter, max_new_tokens=6)[0] for text in inputs]
+    assert together != model.generate(inputs, None, max_new_tokens=6), "the adapter must matter"
+
+
+def test_encoder_decoder_target_trains_and_exports(tmp_path):
+    config = tiny_config(
+        **{"model.name": "tiny-t5", "model.target_modules": "q,v", "train.lr": 1e-2}
+    )
+    model = build(config)
+    assert model.is_encoder_decoder
+    assert any("EncDecAttention" in s.name for s in model.hypernet.layout.slots)
+    batch = first_batch(model, config)
+    engine = TorchEngine(model, lr=1e-2, total_steps=40)
+    losses = []
+    for _ in range(40):
+        out = model(batch)
+        engine.backward(out.loss)
+        engine.step()
+        losses.append(out.ce.item())
+    assert losses[-1] < 0.9 * losses[0]
+
+    adapter = model.generate_adapter("Copy the input.", [{"input": "a", "output": "a"}] * 2)
+    adapter.save_peft(tmp_path / "t5")
+    meta = json.loads((tmp_path / "t5" / "adapter_config.json").read_text())
+    assert meta["task_type"] == "SEQ_2_SEQ_LM"
+    with torch.no_grad(), model.hooks.apply(adapter):
+        ours = model.target(
+            input_ids=batch.input_ids[:1], decoder_input_ids=batch.input_ids[:1, :4]
+        ).logits
+    peft_model = PeftModel.from_pretrained(model.target, tmp_path / "t5")
+    with torch.no_grad():
+        theirs = peft_model(
+            input_ids=batch.input_ids[:1], decoder_input_ids=batch.input_ids[:1, :4]
+        ).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
