@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hyperray.data import Example, Task, format_instance, format_task_text
+from hyperray.data import Example, PretrainExample, Task, format_instance, format_task_text
 
 IGNORE = -100
 
@@ -100,6 +100,22 @@ def instruction_groups(
             batch.append(
                 Group(demo_text(task, task.positive_examples[:num_demos]), rows, alt, task.name)
             )
+        yield batch
+
+
+def pretrain_groups(
+    examples: Sequence[PretrainExample], batch_size: int, seed: int = 0
+) -> Iterator[list[Group]]:
+    """Endless batches of pretraining examples; each is its own group, its context the task text."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        batch = []
+        for _ in range(batch_size):
+            if not order:
+                order = rng.sample(range(len(examples)), len(examples))
+            e = examples[order.pop()]
+            batch.append(Group(e.context, ((e.prompt, e.completion),), None, "pretrain"))
         yield batch
 
 

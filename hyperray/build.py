@@ -5,11 +5,22 @@ The only place that reads configs; the modules it wires together take flat argum
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-from hyperray.batching import Collator
+from hyperray.batching import Collator, Group, instruction_groups, pretrain_groups
 from hyperray.config import Config
-from hyperray.data import BUILTIN_EVAL_TASKS, Task, builtin_tasks, load_tasks, split_tasks
+from hyperray.data import (
+    BUILTIN_EVAL_TASKS,
+    Task,
+    build_pretrain_tasks,
+    builtin_tasks,
+    load_tasks,
+    load_text_passages,
+    passages_from_tasks,
+    split_tasks,
+)
 from hyperray.encoders import SentenceEncoder, TargetModelEncoder
 from hyperray.hypernet import HyperNetwork
 from hyperray.layout import Layout
@@ -68,27 +79,49 @@ def build(config: Config, target: TargetModel | None = None) -> HyperLoRA:
 
 
 def build_tasks(config: Config) -> tuple[list[Task], list[Task]]:
-    """Training and held-out tasks: SNI files when ``data.path`` is set, else the built-in suite."""
+    """Training and held-out tasks: SNI files when ``data.path`` is set, else the built-in suite.
+
+    Held-out tasks come from ``data.eval_path`` when set; otherwise the built-in suite holds out
+    its evaluation tasks and SNI folders hold out ``data.eval_fraction`` of their tasks.
+    """
     data = config.data
+    k = data.num_demos
     if data.path is None:
         tasks = builtin_tasks(data.builtin_instances, data.seed)
-        held_out = set(BUILTIN_EVAL_TASKS)
-        train = [t for t in tasks if t.name not in held_out]
-        evaluation = [t for t in tasks if t.name in held_out]
-    elif data.eval_path is not None:
-        train, evaluation = (
-            load_tasks(data.path, min_positive_examples=data.num_demos),
-            load_tasks(data.eval_path, min_positive_examples=data.num_demos),
+        train = [t for t in tasks if t.name not in BUILTIN_EVAL_TASKS]
+        held_out = [t for t in tasks if t.name in BUILTIN_EVAL_TASKS]
+    elif data.eval_path is None:
+        train, held_out = split_tasks(
+            load_tasks(data.path, min_positive_examples=k), data.eval_fraction, data.seed
         )
     else:
-        train, evaluation = split_tasks(
-            load_tasks(data.path, min_positive_examples=data.num_demos),
-            data.eval_fraction,
-            data.seed,
-        )
-    if data.eval_path is not None and data.path is None:
-        evaluation = load_tasks(data.eval_path, min_positive_examples=data.num_demos)
-    return train, evaluation
+        train = load_tasks(data.path, min_positive_examples=k)
+    if data.eval_path is not None:
+        held_out = load_tasks(data.eval_path, min_positive_examples=k)
+    return train, held_out
+
+
+def build_groups(config: Config, tasks: list[Task]) -> Iterator[list[Group]]:
+    """The stage's endless stream of task-grouped batches (before tokenisation)."""
+    data = config.data
+    if config.train.stage == "pretrain":
+        text = load_text_passages(data.text_path) if data.text_path else passages_from_tasks(tasks)
+        examples = build_pretrain_tasks(text, data.pretrain_objective, data.seed)
+        if not examples:
+            raise ValueError(
+                "no pretraining passage is long enough for the objective; "
+                "point data.text_path at longer text"
+            )
+        return pretrain_groups(examples, data.tasks_per_batch * data.rows_per_task, data.seed)
+    return instruction_groups(
+        tasks,
+        data.tasks_per_batch,
+        data.rows_per_task,
+        data.num_demos,
+        data.include_definition,
+        with_alt=config.train.consistency_weight > 0,
+        seed=data.seed,
+    )
 
 
 def _is_suffix(name: str) -> bool:

@@ -169,6 +169,12 @@ def load_target_model(
             source = str(path)
     elif name.startswith(("/", "./", "../", "~")) or name.endswith(".gguf"):
         raise ModelNotFoundError(f"Model path {name!r} does not exist. {_what_to_pass()}")
+    elif "/" not in name and difflib.get_close_matches(name, BUILTIN_MODELS, n=1, cutoff=0.8):
+        # A near-miss of a built-in name is a typo, not a Hub id: say so without a slow Hub look-up.
+        close = difflib.get_close_matches(name, BUILTIN_MODELS, n=1, cutoff=0.8)[0]
+        raise ModelNotFoundError(
+            f"Unknown model {name!r}; did you mean the built-in {close!r}? {_what_to_pass()}"
+        )
     else:
         model, tokenizer = _load_hub(name, torch_dtype)
         source = name
@@ -267,10 +273,10 @@ def _load_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTraine
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         close = difflib.get_close_matches(name, BUILTIN_MODELS, n=1)
         raise ModelNotFoundError(
-            (f"Did you mean {close[0]!r}? " if close else "")
-            + f"Cannot load model {name!r}: it is not a built-in name, not an existing local path, "
+            f"Cannot load model {name!r}: it is not a built-in name, not an existing local path, "
             f"and not reachable as a Hugging Face Hub id ({reason}). {_what_to_pass()} For a Hub "
             f"id, go online (unset HF_HUB_OFFLINE) or download it first with `hf download {name}`."
+            + (f" Did you mean {close[0]!r}?" if close else "")
         ) from error
     model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     model = model_class.from_pretrained(name, dtype=dtype)

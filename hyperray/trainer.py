@@ -6,8 +6,10 @@ stage (instruction fine-tuning, text pretraining): they differ in the batches th
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Protocol
 
 from hyperray.batching import TaskBatch
@@ -17,6 +19,17 @@ from hyperray.model import HyperLoRA
 
 class MetricLogger(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class JsonlLogger:
+    """Appends one JSON line of metrics per log call."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
 
 
 def train(

@@ -2,7 +2,7 @@
 
 from hyperray.batching import IGNORE, Collator, instruction_groups
 from hyperray.data import builtin_tasks, format_task_text
-from hyperray.tiny import byte_tokenizer, build_tiny_t5
+from hyperray.tiny import build_tiny_t5, byte_tokenizer
 
 
 def test_groups_hold_only_their_task_and_every_task_appears_each_epoch():
@@ -33,8 +33,14 @@ def test_causal_collation_scores_only_the_answer_and_its_end_token():
         scored = batch.labels[row][batch.labels[row] != IGNORE].tolist()
         assert scored[-1] == tokenizer.eos_token_id
         answer = tokenizer.decode(scored[:-1])
-        prompt = tokenizer.decode(batch.input_ids[row][batch.labels[row] == IGNORE][batch.attention_mask[row][batch.labels[row] == IGNORE] == 1])
-        assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n")
+        prompt = tokenizer.decode(
+            batch.input_ids[row][batch.labels[row] == IGNORE][
+                batch.attention_mask[row][batch.labels[row] == IGNORE] == 1
+            ]
+        )
+        assert prompt.startswith("<|im_start|>user\n") and prompt.endswith(
+            "<|im_start|>assistant\n"
+        )
         assert answer and answer not in ("", prompt)
 
 
@@ -47,4 +53,6 @@ def test_seq2seq_collation_puts_the_answer_in_the_labels():
     first_answer = groups[0].rows[0][1]
     labels = batch.labels[0][batch.labels[0] != IGNORE].tolist()
     assert tokenizer.decode(labels[:-1]) == first_answer and labels[-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(batch.input_ids[0][batch.attention_mask[0] == 1]) == groups[0].rows[0][0]
+    assert (
+        tokenizer.decode(batch.input_ids[0][batch.attention_mask[0] == 1]) == groups[0].rows[0][0]
+    )

@@ -341,3 +341,9 @@ def test_smollm2_default_answers_paris():
         out = target.model.generate(**batch, max_new_tokens=20, do_sample=False)
     answer = tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer, answer
+
+
+def test_a_typo_of_a_builtin_name_fails_at_once_naming_it(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # must not even try the Hub
+    with pytest.raises(ModelNotFoundError, match="did you mean the built-in 'smollm2-135m-instruct'"):
+        load_target_model("smollm2-135m-instruc")
