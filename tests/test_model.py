@@ -25,6 +25,18 @@ def first_batch(model, config, with_alt=False, tasks_per_batch=2):
     return model.collator(groups)
 
 
+def fit(model, batch, steps, lr=1e-2):
+    """Train on one batch; the cross-entropy of every step."""
+    engine = TorchEngine(model, lr=lr, total_steps=steps)
+    losses = []
+    for _ in range(steps):
+        out = model(batch)
+        engine.backward(out.loss)
+        engine.step()
+        losses.append(out.ce.item())
+    return losses
+
+
 def test_untrained_hypernetwork_leaves_the_base_model_unchanged(config):
     model = build(config)
     batch = first_batch(model, config)
@@ -65,13 +77,7 @@ def test_every_head_learns(head, lightweight):
     )
     model = build(config)
     batch = first_batch(model, config)
-    engine = TorchEngine(model, lr=1e-2, total_steps=80)
-    losses = []
-    for _ in range(80):
-        out = model(batch)
-        engine.backward(out.loss)
-        engine.step()
-        losses.append(float(out.ce))
+    losses = fit(model, batch, steps=80)
     assert losses[-1] < 0.85 * losses[0], (head, losses[0], losses[-1])
 
 
@@ -104,11 +110,7 @@ def test_alpha_zero_turns_consistency_off():
 
 def trained(config, steps=15):
     model = build(config)
-    engine = TorchEngine(model, lr=1e-2, total_steps=steps)
-    batch = first_batch(model, config)
-    for _ in range(steps):
-        engine.backward(model(batch).loss)
-        engine.step()
+    fit(model, first_batch(model, config), steps)
     return model.eval()
 
 
@@ -202,13 +204,7 @@ def test_encoder_decoder_target_trains_and_exports(tmp_path):
     assert model.is_encoder_decoder
     assert any("EncDecAttention" in s.name for s in model.hypernet.layout.slots)
     batch = first_batch(model, config)
-    engine = TorchEngine(model, lr=1e-2, total_steps=40)
-    losses = []
-    for _ in range(40):
-        out = model(batch)
-        engine.backward(out.loss)
-        engine.step()
-        losses.append(out.ce.item())
+    losses = fit(model, batch, steps=40)
     assert losses[-1] < 0.9 * losses[0]
 
     adapter = model.generate_adapter("Copy the input.", [{"input": "a", "output": "a"}] * 2)
