@@ -345,5 +345,7 @@ def test_smollm2_default_answers_paris():
 
 def test_a_typo_of_a_builtin_name_fails_at_once_naming_it(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # must not even try the Hub
-    with pytest.raises(ModelNotFoundError, match="did you mean the built-in 'smollm2-135m-instruct'"):
+    with pytest.raises(
+        ModelNotFoundError, match="did you mean the built-in 'smollm2-135m-instruct'"
+    ):
         load_target_model("smollm2-135m-instruc")
