@@ -31,6 +31,19 @@ class LossOutput:
     consistency: Tensor
 
 
+def _example(example: Example | dict, index: int) -> Example:
+    if isinstance(example, Example):
+        return example
+    if not isinstance(example, dict) or not all(
+        isinstance(example.get(k), str) for k in ("input", "output")
+    ):
+        raise ValueError(
+            f"positive_examples[{index}] must be an Example or a dict with string 'input' and "
+            f"'output', got {example!r}"
+        )
+    return Example(example["input"], example["output"])
+
+
 class HyperLoRA(nn.Module):
     def __init__(
         self,
@@ -89,10 +102,9 @@ class HyperLoRA(nn.Module):
         num_demos: int | None = None,
     ) -> Adapter:
         """One hypernetwork forward pass: the adapter for a task, as in SNI's Def+kPos."""
-        examples = [
-            e if isinstance(e, Example) else Example(e["input"], e["output"])
-            for e in positive_examples
-        ]
+        if not isinstance(definition, str) or not definition.strip():
+            raise ValueError("definition is empty: give the task's instruction text")
+        examples = [_example(e, i) for i, e in enumerate(positive_examples)]
         text = format_task_text(definition, examples[:num_demos] if num_demos else examples)
         return self.adapter(self.generate_weights([text])).detach()
 

@@ -221,3 +221,11 @@ def test_encoder_decoder_target_trains_and_exports(tmp_path):
             input_ids=batch.input_ids[:1], decoder_input_ids=batch.input_ids[:1, :4]
         ).logits
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
+
+
+def test_generate_adapter_rejects_bad_task_text(config):
+    model = build(config)
+    with pytest.raises(ValueError, match="definition is empty"):
+        model.generate_adapter("  ", [])
+    with pytest.raises(ValueError, match=r"positive_examples\[1\].*'output'"):
+        model.generate_adapter("Reverse it.", [{"input": "a", "output": "a"}, {"input": "b"}])
