@@ -13,7 +13,13 @@ from pathlib import Path
 
 import datasets
 
-from hyperray.data.tasks import Task, TaskFileError, load_tasks, parse_task, read_task_json
+from hyperray.data.tasks import (
+    Task,
+    load_tasks,
+    parse_task,
+    read_task_json,
+    require_positive_examples,
+)
 
 FEATURES = datasets.Features(
     {
@@ -100,12 +106,7 @@ def load_sni_repository(
             record.get(f, ["English"]) != ["English"] for f in _LANGUAGE_FIELDS
         ):
             continue
-        task = parse_task(record, path)
-        if len(task.positive_examples) < min_positive_examples:
-            raise TaskFileError(
-                f"{path}: field 'Positive Examples' has {len(task.positive_examples)} example(s) "
-                f"but min_positive_examples={min_positive_examples}; "
-                "pass a lower min_positive_examples"
-            )
-        tasks.append(task)
+        tasks.append(
+            require_positive_examples(parse_task(record, path), path, min_positive_examples)
+        )
     return tasks

@@ -199,15 +199,19 @@ def load_tasks(
 
     tasks = []
     for path in chosen:
-        task = load_task(path)
-        if len(task.positive_examples) < min_positive_examples:
-            raise TaskFileError(
-                f"{path}: field 'Positive Examples' has {len(task.positive_examples)} example(s) "
-                f"but min_positive_examples={min_positive_examples}; add examples to the file "
-                "or pass a lower min_positive_examples"
-            )
-        tasks.append(task)
+        tasks.append(require_positive_examples(load_task(path), path, min_positive_examples))
     return tasks
+
+
+def require_positive_examples(task: Task, path: Path, minimum: int) -> Task:
+    """``task`` itself, if it has the ``minimum`` positive examples its task text needs."""
+    if len(task.positive_examples) < minimum:
+        raise TaskFileError(
+            f"{path}: field 'Positive Examples' has {len(task.positive_examples)} example(s) "
+            f"but min_positive_examples={minimum}; add examples to the file "
+            "or pass a lower min_positive_examples"
+        )
+    return task
 
 
 def split_tasks(
