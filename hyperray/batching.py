@@ -161,26 +161,45 @@ class Collator:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids[: self.max_answer_tokens - 1] + [self.end]
 
+    def tokenise(self, group: Group) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, answer ids) of each of a group's rows."""
+        return [(self.prompt_ids(p), self.answer_ids(a)) for p, a in group.rows]
+
     def __call__(self, groups: Sequence[Group]) -> TaskBatch:
+        return self.assemble(
+            [g.task_text for g in groups],
+            [g.alt_task_text for g in groups],
+            [g.task for g in groups],
+            [self.tokenise(g) for g in groups],
+        )
+
+    def assemble(
+        self,
+        task_texts: Sequence[str],
+        alt_task_texts: Sequence[str | None],
+        tasks: Sequence[str],
+        token_rows: Sequence[Sequence[tuple[Sequence[int], Sequence[int]]]],
+    ) -> TaskBatch:
+        """Pad already tokenised groups (one list of (prompt, answer) ids each) into a batch."""
         rows, row_task = [], []
-        for g, group in enumerate(groups):
-            rows += [(self.prompt_ids(p), self.answer_ids(a)) for p, a in group.rows]
-            row_task += [g] * len(group.rows)
+        for g, group_rows in enumerate(token_rows):
+            rows += [(list(p), list(a)) for p, a in group_rows]
+            row_task += [g] * len(group_rows)
         if self.is_encoder_decoder:
             input_ids, attention_mask = pad([p for p, _ in rows], self.pad)
             labels, _ = pad([a for _, a in rows], IGNORE)
         else:
             input_ids, attention_mask = pad([p + a for p, a in rows], self.pad)
             labels, _ = pad([[IGNORE] * len(p) + a for p, a in rows], IGNORE)
-        alts = [g.alt_task_text for g in groups]
+        alts = list(alt_task_texts)
         return TaskBatch(
-            task_texts=[g.task_text for g in groups],
+            task_texts=list(task_texts),
             alt_task_texts=alts if all(a is not None for a in alts) else None,
             row_task=torch.tensor(row_task),
             input_ids=input_ids,
             attention_mask=attention_mask,
             labels=labels,
-            tasks=[g.task for g in groups],
+            tasks=list(tasks),
         )
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from hyperray.config import Config, from_dict, to_dict
 from hyperray.layout import Layout
@@ -26,10 +27,18 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint trained for one target model, loaded against another."""
 
 
-def save_checkpoint(model: HyperLoRA, config: Config, directory: str | Path, **extra) -> Path:
+def save_checkpoint(
+    model: HyperLoRA,
+    config: Config,
+    directory: str | Path,
+    weights: dict[str, Tensor] | None = None,
+    **extra,
+) -> Path:
+    """``weights`` replaces the model's own hypernetwork state (e.g. gathered ZeRO-3 shards)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.hypernet.state_dict().items()}
+    weights = model.hypernet.state_dict() if weights is None else weights
+    state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     save_file(state, directory / WEIGHTS)
     meta = {
         "format": FORMAT,

@@ -165,8 +165,50 @@ class TrainConfig:
     """Instances per held-out task evaluated."""
     max_new_tokens: int = 32
     seed: int = 0
+    num_workers: int = 1
+    """Ray Train workers (data-parallel ranks), each one DeepSpeed process."""
+    cpus_per_worker: int = 2
+    """CPUs each Ray Train worker reserves; also its torch thread count."""
+    use_gpu: bool = False
+    """One GPU per worker (nccl, bf16 allowed); False trains on CPUs over gloo."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1 (optimizer), 2 (+gradients), 3 (+weights)."""
+    offload_optimizer: bool = False
+    """Keep optimizer state (and its step) on the CPU: ZeRO stage >= 1 only."""
+    precision: str = "fp32"
+    """Training precision: "fp32", or "bf16" (GPU workers). fp16 is not supported."""
+    checkpoint_every: int = 100
+    """Steps between DeepSpeed checkpoints reported to Ray Train (fault tolerance, --train.resume)."""
+    max_failures: int = 2
+    """Worker-group failures Ray Train recovers from (each resumes from the last checkpoint)."""
+    resume: bool = False
+    """Continue the run named run_name from its latest checkpoint instead of starting afresh."""
+    storage_path: str | None = None
+    """Where Ray Train persists checkpoints; default <output_dir>/ray (made absolute)."""
+    run_name: str | None = None
+    """Ray Train run name under storage_path; default the output directory's name."""
 
     def __post_init__(self):
+        if self.num_workers < 1:
+            raise ValueError(f"train.num_workers must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker < 1:
+            raise ValueError(f"train.cpus_per_worker must be >= 1, got {self.cpus_per_worker}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError(
+                "train.offload_optimizer needs train.zero_stage >= 1; raise train.zero_stage"
+            )
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(
+                f"train.precision must be 'fp32' or 'bf16' (fp16 is not supported), got {self.precision!r}"
+            )
+        if self.checkpoint_every < 1:
+            raise ValueError(f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.max_failures < -1:
+            raise ValueError(
+                f"train.max_failures must be >= 0 (or -1 for unlimited), got {self.max_failures}"
+            )
         if self.stage not in ("finetune", "pretrain"):
             raise ValueError(f"train.stage must be 'finetune' or 'pretrain', got {self.stage!r}")
         if self.consistency_weight < 0:
@@ -181,6 +223,8 @@ class TrainConfig:
 
 @dataclass
 class MlflowConfig:
+    enabled: bool = True
+    """Log params, metrics and artifacts to MLflow (MLFLOW_TRACKING_URI, else <output_dir>/mlflow.db)."""
     experiment: str = "hyperray"
     """MLflow experiment name."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from hyperray.adapter_output import AdapterOutput
@@ -52,8 +53,13 @@ class HyperNetwork(nn.Module):
         )
         self.output = AdapterOutput(layout, hidden_size, rank, lightweight, core_size, basis_seed)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
     def forward(self, task_embedding: Tensor) -> Generated:
         """(G, task_dim) task embeddings -> LoRA weights for G adapters."""
-        head = self.head(self.inp(task_embedding))
+        # Encoders may run in another precision than the engine (bf16 DeepSpeed): follow ours.
+        head = self.head(self.inp(task_embedding.to(self.dtype)))
         weights, codes = self.output(head.features)
         return Generated(weights, codes, head.states)

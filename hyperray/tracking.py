@@ -80,6 +80,11 @@ class MlflowLogger:
         self.client.set_terminated(self.run_id, status)
 
 
+def mlflow_loggers(uri: str, run_id: str) -> list[MlflowLogger]:
+    """A picklable factory for rank 0's loggers: ``functools.partial(mlflow_loggers, uri, run_id)``."""
+    return [MlflowLogger(uri, run_id)]
+
+
 def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
     from mlflow.entities import Param
 

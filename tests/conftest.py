@@ -1,4 +1,11 @@
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,3 +38,95 @@ def tiny_config(**overrides) -> Config:
 @pytest.fixture
 def config() -> Config:
     return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for every slow test that needs one (2 workers + Ray Data)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    # The dashboard stays on: Train V2 frees placement groups through the State API.
+    ray.init(address="local", num_cpus=4, include_dashboard=True)
+    yield ray
+    ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert process.poll() is None, f"{what} exited with {process.returncode}"
+            assert time.monotonic() < deadline, f"{what} did not listen on port {port}"
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on a loopback port; yields (uri, artifacts folder)."""
+    port, artifacts = free_port(), tmp_path / "server-artifacts"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+        + ["--artifacts-destination", str(artifacts), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, server, "mlflow server", timeout=120)
+        yield f"http://127.0.0.1:{port}", artifacts
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    """``ray start --head`` in its own temp dir (other clusters on the machine never see it).
+
+    Yields the dashboard address for ``ray job submit`` and the environment to call it with
+    (this venv's ``ray`` on PATH; ``RAY_AUTH_MODE=token``, which local clusters require). ``--block`` keeps the head in the
+    foreground, so terminating it stops this cluster alone (``ray stop`` would stop every
+    cluster on the machine). Jobs run the Python of this virtual environment.
+    """
+    temp = Path(tempfile.mkdtemp(prefix="hrt-", dir="/tmp"))  # Ray's socket paths must be short
+    port, dashboard = free_port(), free_port()
+    env = os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block"]
+        + ["--temp-dir", str(temp), "--port", str(port), "--dashboard-port", str(dashboard)]
+        + ["--num-cpus", "4", "--dashboard-host", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(dashboard, head, "ray head's dashboard")
+        address, env = f"http://127.0.0.1:{dashboard}", env | {"RAY_AUTH_MODE": "token"}
+        deadline = time.monotonic() + 120
+        while True:  # the dashboard listens before its job agent is ready
+            ray_cli = [str(Path(sys.executable).parent / "ray"), "job", "list"]
+            listed = subprocess.run(
+                ray_cli + ["--address", address], env=env, capture_output=True, text=True
+            )
+            if listed.returncode == 0:
+                break
+            assert time.monotonic() < deadline, f"ray job list kept failing: {listed.stderr}"
+            time.sleep(1)
+        yield address, env
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -229,3 +229,16 @@ def test_generate_adapter_rejects_bad_task_text(config):
         model.generate_adapter("  ", [])
     with pytest.raises(ValueError, match=r"positive_examples\[1\].*'output'"):
         model.generate_adapter("Reverse it.", [{"input": "a", "output": "a"}, {"input": "b"}])
+
+
+@pytest.mark.parametrize("lightweight", [False, True])
+def test_a_bf16_model_trains_as_deepspeed_bf16_runs_it(lightweight):
+    """DeepSpeed's bf16 casts the whole module: encoder, hypernetwork and frozen target alike."""
+    config = tiny_config(**{"lora.lightweight": lightweight})
+    model = build(config).to(torch.bfloat16)
+    batch = first_batch(model, config, with_alt=True)
+    out = model(batch)
+    out.loss.backward()
+    grads = [p.grad for p in model.hypernet.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.bfloat16 for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads)

@@ -1,10 +1,5 @@
 """MLflow tracking against real stores: the embedded SQLite default and a real `mlflow server`."""
 
-import socket
-import subprocess
-import sys
-import time
-
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -58,52 +53,13 @@ def test_a_run_in_the_embedded_store(tmp_path, monkeypatch):
     assert second != run_id, "a second run lands in the same experiment"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_a_run_on_a_real_mlflow_server(tmp_path, monkeypatch):
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow server exited"
-                assert time.monotonic() < deadline, "mlflow server did not start listening"
-                time.sleep(0.5)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-        config = override(Config(), {"output_dir": str(tmp_path / "run"), "lora.rank": 4})
-        uri, run_id = log_a_run(tmp_path, config)
-        assert uri.startswith("http://")
-        check_run(uri, run_id)
-        assert not (tmp_path / "run" / "mlflow.db").exists()
-        assert any((tmp_path / "server-artifacts").rglob("loss.png"))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+def test_a_run_on_a_real_mlflow_server(tmp_path, monkeypatch, mlflow_server):
+    server_uri, artifacts = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server_uri)
+    config = override(Config(), {"output_dir": str(tmp_path / "run"), "lora.rank": 4})
+    uri, run_id = log_a_run(tmp_path, config)
+    assert uri == server_uri
+    check_run(uri, run_id)
+    assert not (tmp_path / "run" / "mlflow.db").exists()
+    assert any(artifacts.rglob("loss.png"))

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,7 +17,8 @@ TINY = str(ROOT / "jobs" / "configs" / "tiny.yaml")
 
 
 @pytest.mark.slow
-def test_tiny_training_run_writes_its_artifacts(tmp_path):
+def test_tiny_training_run_writes_its_artifacts(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "run"
     summary = train_job.main(["--config", TINY, "--output-dir", str(out), "--train.steps=30"])
     names = {p.name for p in out.iterdir()}
@@ -37,6 +39,14 @@ def test_tiny_training_run_writes_its_artifacts(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == summary
     assert set(load_file(out / "adapter_example" / "adapter_model.safetensors"))
     assert json.loads((out / "config.json").read_text())["train"]["steps"] == 30
+    # MLflow's default store: an embedded SQLite file in the run directory.
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("hyperray").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [10, 20, 30]
+    assert run.data.metrics["rougeL_after"] == pytest.approx(summary["rougeL_after"])
+    assert run.data.params["train.steps"] == "30"
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "loss.png", "checkpoint", "adapter_example"} <= logged
 
 
 @pytest.mark.slow
