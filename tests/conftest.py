@@ -115,16 +115,20 @@ def ray_head(tmp_path_factory):
     try:
         wait_for_port(dashboard, head, "ray head's dashboard")
         address, env = f"http://127.0.0.1:{dashboard}", env | {"RAY_AUTH_MODE": "token"}
-        deadline = time.monotonic() + 120
-        while True:  # the dashboard listens before its job agent is ready
-            ray_cli = [str(Path(sys.executable).parent / "ray"), "job", "list"]
-            listed = subprocess.run(
-                ray_cli + ["--address", address], env=env, capture_output=True, text=True
+        deadline = time.monotonic() + 300
+        ray_cli = [str(Path(sys.executable).parent / "ray"), "job", "submit"]
+        while True:  # the dashboard listens before its job agent is ready: a no-op job tells
+            probe = subprocess.run(
+                ray_cli + ["--address", address, "--", "python", "-c", "print('ready')"],
+                env=env,
+                capture_output=True,
+                text=True,
             )
-            if listed.returncode == 0:
+            if probe.returncode == 0:
                 break
-            assert time.monotonic() < deadline, f"ray job list kept failing: {listed.stderr}"
-            time.sleep(1)
+            last = (probe.stderr.strip().splitlines() or ["(no output)"])[-1]
+            assert time.monotonic() < deadline, f"ray job submit kept failing: {last}"
+            time.sleep(2)
         yield address, env
     finally:
         head.terminate()
