@@ -44,6 +44,11 @@ def _example(example: Example | dict, index: int) -> Example:
     return Example(example["input"], example["output"])
 
 
+def cut_at(ids: list[int], end: int) -> list[int]:
+    """``ids`` up to, not including, the first ``end``."""
+    return ids[: ids.index(end)] if end in ids else ids
+
+
 class HyperLoRA(nn.Module):
     def __init__(
         self,
@@ -125,23 +130,46 @@ class HyperLoRA(nn.Module):
                 consistency = consistency_loss(first.codes, second.codes)
         return LossOutput(ce + self.consistency_weight * consistency, ce, consistency)
 
+    def answer_loss(self, batch: TaskBatch, adapter: Adapter | None = None) -> Tensor:
+        """Answer-token cross-entropy of the target under ``adapter``; None leaves the target as
+        it is, e.g. wrapped in a peft LoRA (the baselines train through this)."""
+        with self.hooks.apply(adapter):
+            return self._answer_loss(batch.to(self._device))
+
     @torch.no_grad()
     def generate(
         self, inputs: Sequence[str], adapter: Adapter | None, max_new_tokens: int = 32
     ) -> list[str]:
         """Greedy answers to ``inputs`` (already formatted instance texts) under ``adapter``."""
         prompts = [self.collator.prompt_ids(text) for text in inputs]
+        answers = self.generate_ids(prompts, adapter, max_new_tokens)
+        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        adapter: Adapter | None,
+        max_new_tokens: int = 32,
+        stop_at_end: bool = True,
+    ) -> list[list[int]]:
+        """Greedy new tokens after each tokenised prompt, cut before the end token.
+
+        ``adapter`` has one row for all prompts or one row per prompt, so a batch may mix tasks.
+        A row shorter than ``max_new_tokens`` stopped at the end token. With ``stop_at_end``
+        false, every row decodes ``max_new_tokens`` tokens, past its end token, uncut.
+        """
         pad = self.collator.pad
         length = max(len(p) for p in prompts)
         if self.is_encoder_decoder:
             rows = [
-                (p + [pad] * (length - len(p)), [1] * len(p) + [0] * (length - len(p)))
+                (list(p) + [pad] * (length - len(p)), [1] * len(p) + [0] * (length - len(p)))
                 for p in prompts
             ]
         else:
             # Left padding puts every row's last prompt token at the end, where decoding starts.
             rows = [
-                ([pad] * (length - len(p)) + p, [0] * (length - len(p)) + [1] * len(p))
+                ([pad] * (length - len(p)) + list(p), [0] * (length - len(p)) + [1] * len(p))
                 for p in prompts
             ]
         ids = torch.tensor([r[0] for r in rows], device=self._device)
@@ -154,11 +182,13 @@ class HyperLoRA(nn.Module):
                 do_sample=False,
                 num_beams=1,
                 pad_token_id=pad,
-                eos_token_id=self.collator.end,
+                eos_token_id=self.collator.end if stop_at_end else [],
             )
-        if not self.is_encoder_decoder:
-            out = out[:, length:]
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        # Causal outputs repeat the prompt; seq2seq outputs start with the decoder start token.
+        out = out[:, 1:] if self.is_encoder_decoder else out[:, length:]
+        if not stop_at_end:
+            return out.tolist()
+        return [cut_at(row, self.collator.end) for row in out.tolist()]
 
     def _answer_loss(self, batch: TaskBatch) -> Tensor:
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
