@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from rouge_score import rouge_scorer
 
-from hyperray.data import Task, format_instance
+from hyperray.data import Instance, Task, format_instance
 from hyperray.lora import Adapter
 from hyperray.model import HyperLoRA
 
@@ -42,8 +42,13 @@ def evaluate(
     include_definition: bool = False,
     batch_size: int = 8,
     adapter_for: Callable[[Task], Adapter | None] | None = None,
+    prompt_for: Callable[[Task, Instance], str] | None = None,
 ) -> EvalResult:
-    """ROUGE-L per held-out task; ``adapter_for`` replaces the generated adapter (baselines)."""
+    """ROUGE-L per held-out task.
+
+    Baselines replace the generated adapter (``adapter_for``; None runs the target as it is) or
+    the target model's input text (``prompt_for``, e.g. the task text in context).
+    """
     was_training = model.training
     model.eval()
     result = EvalResult({})
@@ -56,10 +61,11 @@ def evaluate(
         predictions = []
         for start in range(0, len(instances), batch_size):
             chunk = instances[start : start + batch_size]
-            inputs = [
-                format_instance(i.input, task.definition if include_definition else None)
-                for i in chunk
-            ]
+            if prompt_for is not None:
+                inputs = [prompt_for(task, i) for i in chunk]
+            else:
+                definition = task.definition if include_definition else None
+                inputs = [format_instance(i.input, definition) for i in chunk]
             predictions += model.generate(inputs, adapter, max_new_tokens)
         scores = [rouge_l(p, i.outputs) for p, i in zip(predictions, instances, strict=True)]
         result.per_task[task.name] = sum(scores) / len(scores)

@@ -48,3 +48,24 @@ def plot_task_scores(scores: dict[str, dict[str, float]], path: str | Path) -> P
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def plot_adaptation_cost(costs: dict[str, dict], path: str | Path) -> Path:
+    """Per task: wall time and FLOPs to obtain an adapter, hyperray against per-task LoRA."""
+    tasks = sorted(costs)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(tasks) + 2), sharey=True)
+    rows = range(len(tasks))
+    for ax, key, label in ((axes[0], "seconds", "wall time (s)"), (axes[1], "flops", "FLOPs")):
+        ax.barh([r + 0.2 for r in rows], [costs[t][f"hyperray_{key}"] for t in tasks], 0.4,
+                label="hyperray (one forward pass)")  # fmt: skip
+        ax.barh([r - 0.2 for r in rows], [costs[t][f"lora_{key}"] or float("nan") for t in tasks],
+                0.4, label="per-task LoRA (until it matches hyperray, or its best)")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel(label + ", log scale")
+    axes[0].set_yticks(list(rows), tasks, fontsize=7)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("cost of adapting to a held-out task")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

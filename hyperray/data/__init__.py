@@ -9,7 +9,7 @@ from hyperray.data.pretrain import (
     split_abc,
     split_abcd,
 )
-from hyperray.data.prompts import format_instance, format_task_text
+from hyperray.data.prompts import format_in_context, format_instance, format_task_text
 from hyperray.data.sni_dataset import load_sni_dataset, load_sni_repository, tasks_to_dataset
 from hyperray.data.tasks import (
     Example,
@@ -31,6 +31,7 @@ __all__ = [
     "TaskFileError",
     "build_pretrain_tasks",
     "builtin_tasks",
+    "format_in_context",
     "format_instance",
     "format_task_text",
     "load_sni_dataset",
