@@ -221,6 +221,46 @@ class TrainConfig:
             )
 
 
+def default_search_space() -> dict[str, Any]:
+    """α, rank, head, lightweight LoRA and learning rate; conditional keys name their condition."""
+    return {
+        "train.consistency_weight": {"loguniform": [0.01, 1.0], "or_zero": True},
+        "lora.rank": {"choice": [4, 8, 16]},
+        "hypernet.head": {"choice": ["shared", "per_module", "autoregressive", "iterative"]},
+        "lora.lightweight": {"choice": [False, True]},
+        "train.lr": {"loguniform": [3e-4, 3e-3]},
+        "hypernet.refinement_steps": {"int": [2, 4], "if": {"hypernet.head": "iterative"}},
+        "lora.core_size": {"choice": [8, 16, 32], "if": {"lora.lightweight": True}},
+    }
+
+
+@dataclass
+class TuneConfig:
+    num_samples: int = 4
+    """Trials in the search."""
+    max_concurrent: int = 1
+    """Trials running at once (each holds 1 CPU plus its training workers)."""
+    grace_period: int = 20
+    """ASHA: steps every trial trains before it can be stopped early."""
+    reduction_factor: int = 2
+    """ASHA: keep the best 1/reduction_factor of trials at each rung."""
+    seed: int = 0
+    """Seed of Optuna's TPE sampler."""
+    registered_model: str = "hyperray"
+    """MLflow registered-model name the best hypernetwork is registered under."""
+    space: dict[str, Any] = field(default_factory=default_search_space)
+    """Dotted config key -> {"choice": [...]} | {"uniform"|"loguniform"|"int": [low, high]};
+    "or_zero": true adds an explicit 0 to a log-uniform range; "if": {key: value} makes it
+    conditional on another searched key."""
+
+    def __post_init__(self):
+        for key in ("num_samples", "max_concurrent", "grace_period"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"tune.{key} must be >= 1, got {getattr(self, key)}")
+        if self.reduction_factor < 2:
+            raise ValueError(f"tune.reduction_factor must be >= 2, got {self.reduction_factor}")
+
+
 @dataclass
 class MlflowConfig:
     enabled: bool = True
@@ -238,6 +278,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     output_dir: str = "runs/default"
 
 
@@ -289,11 +330,15 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+OPAQUE_KEYS = frozenset({"tune.space"})
+"""Dict-valued fields: :func:`flatten` keeps them whole."""
+
+
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"lora": {"rank": 4}}`` -> ``{"lora.rank": 4}``."""
     flat = {}
     for key, value in nested.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and f"{prefix}{key}" not in OPAQUE_KEYS:
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -343,6 +388,15 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key {key!r} expects a list, got {value!r}")
         return [_coerce(v, item, key) for v in value]
+    if origin is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"config key {key!r} expects a JSON object: {e}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {key!r} expects a mapping, got {value!r}")
+        return dict(value)
     if kind is bool:
         if isinstance(value, bool):
             return value

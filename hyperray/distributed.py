@@ -41,12 +41,15 @@ def run_location(config: Config) -> tuple[Path, str]:
 
 
 def train_distributed(
-    config: Config, make_loggers: Callable[[], list[MetricLogger]] | None = None
+    config: Config,
+    make_loggers: Callable[[], list[MetricLogger]] | None = None,
+    callbacks: list[Any] | None = None,
 ) -> Any:
     """Fit the hypernetwork on ``train.num_workers`` Ray Train workers; returns Ray's Result.
 
     ``make_loggers`` is called on rank 0 only (e.g. an MLflow logger); it travels to the worker
-    by value, so it must be picklable and hold everything it needs.
+    by value, so it must be picklable and hold everything it needs. ``callbacks`` are Ray Train
+    callbacks (the tuning job's report to Tune).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -83,6 +86,7 @@ def train_distributed(
                 failure_config=FailureConfig(max_failures=t.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 worker_runtime_env={"env_vars": env},
+                callbacks=callbacks or [],
             ),
             datasets={"train": dataset},
         )

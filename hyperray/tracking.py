@@ -85,6 +85,87 @@ def mlflow_loggers(uri: str, run_id: str) -> list[MlflowLogger]:
     return [MlflowLogger(uri, run_id)]
 
 
+def child_run(config: Config, parent: tuple[str, str], key: str) -> tuple[str, str]:
+    """The child run of ``parent`` tagged ``hyperray.trial=key``: found again on a restart."""
+    from mlflow.tracking import MlflowClient
+
+    uri, parent_id = parent
+    client = MlflowClient(uri)
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`hyperray.trial` = '{key}'",
+    )
+    if found:
+        return uri, found[0].info.run_id
+    run = client.create_run(
+        experiment_id, run_name=key, tags={"mlflow.parentRunId": parent_id, "hyperray.trial": key}
+    )
+    params = {k: _param(v) for k, v in flatten(to_dict(config)).items()}
+    _log_params(client, run.info.run_id, params)
+    return uri, run.info.run_id
+
+
+def register_checkpoint(
+    uri: str, run_id: str, artifact_path: str, name: str, description: dict[str, Any]
+) -> dict[str, str]:
+    """Register a checkpoint logged under ``artifact_path`` of a run as a new model version.
+
+    ``models:/<name>/<version>`` then downloads the checkpoint folder itself
+    (``mlflow.artifacts.download_artifacts``), which is what the serving app loads.
+    """
+    import json
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri, registry_uri=uri)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if "already exists" not in str(e).lower():
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    version = client.create_model_version(
+        name, source, run_id=run_id, description=json.dumps(description, default=str)
+    )
+    return {
+        "name": name,
+        "version": str(version.version),
+        "uri": f"models:/{name}/{version.version}",
+    }
+
+
+def download_artifacts(
+    uri: str, destination: str | Path | None = None, tracking_uri: str | None = None
+) -> Path:
+    """Fetch an MLflow artifact folder (``runs:/``, ``models:/``, ...) to a local path.
+
+    ``models:/name/version`` and ``models:/name@alias`` resolve in the registry of
+    ``tracking_uri`` (MLflow's own download would look in the default registry instead).
+    """
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("models:/"):
+        client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        name, alias = uri.removeprefix("models:/"), None
+        if "@" in name:
+            name, alias = name.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias).version
+        else:
+            name, _, version = name.partition("/")
+            if not version:
+                raise ValueError(f"{uri!r}: name a version (models:/NAME/1) or an alias (@ALIAS)")
+        uri = client.get_model_version_download_uri(name, version)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=uri,
+        dst_path=None if destination is None else str(destination),
+        tracking_uri=tracking_uri,
+    )
+    return Path(local)
+
+
 def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
     from mlflow.entities import Param
 

@@ -81,9 +81,9 @@ def resolve_checkpoint(location: str) -> Path:
     """A local checkpoint folder; an MLflow URI is downloaded first."""
     if "://" not in location and ":/" not in location:
         return Path(location)
-    import mlflow.artifacts
+    from hyperray.tracking import download_artifacts
 
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=location))
+    return download_artifacts(location)
 
 
 def main(argv: list[str] | None = None) -> dict:

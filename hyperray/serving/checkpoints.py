@@ -123,13 +123,10 @@ def describe_folder(name: str, ref: str, path: Path) -> ServedCheckpoint:
 
 
 def _download(ref: str, destination: Path, tracking_uri: str | None) -> None:
-    # The one MLflow call of the serving package: fetch an artifact folder by URI.
-    import mlflow.artifacts
+    from hyperray.tracking import download_artifacts
 
     try:
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=ref, dst_path=str(destination), tracking_uri=tracking_uri
-        )
+        download_artifacts(ref, destination, tracking_uri)
     except Exception as error:
         shutil.rmtree(destination, ignore_errors=True)
         raise FileNotFoundError(
