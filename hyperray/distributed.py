@@ -161,21 +161,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def _held_out_rouge(model, config: Config) -> Callable[[int], dict[str, float]]:
     """Periodic held-out ROUGE-L, run by every rank alike so ZeRO-3's gathers stay in step."""
     from hyperray.build import build_tasks
-    from hyperray.evaluate import evaluate
+    from hyperray.evaluate import evaluate_held_out
 
     _, held_out = build_tasks(config)
-    t, data = config.train, config.data
 
     def run(step: int) -> dict[str, float]:
-        result = evaluate(
-            model,
-            held_out[: t.eval_tasks],
-            data.num_demos,
-            t.eval_instances,
-            t.max_new_tokens,
-            data.include_definition,
-        )
-        return {"rougeL": result.average}
+        return {"rougeL": evaluate_held_out(model, config, held_out).average}
 
     return run
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from rouge_score import rouge_scorer
 
+from hyperray.config import Config
 from hyperray.data import Instance, Task, format_instance
 from hyperray.lora import Adapter
 from hyperray.model import HyperLoRA
@@ -75,3 +76,22 @@ def evaluate(
         ]
     model.train(was_training)
     return result
+
+
+def evaluate_held_out(
+    model: HyperLoRA, config: Config, held_out: Sequence[Task] | None = None
+) -> EvalResult:
+    """ROUGE-L on the config's held-out tasks (``train.eval_tasks`` of them) with its settings."""
+    if held_out is None:
+        from hyperray.build import build_tasks
+
+        _, held_out = build_tasks(config)
+    t, data = config.train, config.data
+    return evaluate(
+        model,
+        held_out[: t.eval_tasks],
+        data.num_demos,
+        t.eval_instances,
+        t.max_new_tokens,
+        data.include_definition,
+    )

@@ -265,21 +265,11 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], parent: tuple[str, s
 
 
 def _final_rouge(config: Config, checkpoint: Path) -> float:
-    from hyperray.build import build_tasks
     from hyperray.checkpoint import load_checkpoint
-    from hyperray.evaluate import evaluate
+    from hyperray.evaluate import evaluate_held_out
 
     model, _ = load_checkpoint(checkpoint)
-    _, held_out = build_tasks(config)
-    t, data = config.train, config.data
-    return evaluate(
-        model,
-        held_out[: t.eval_tasks],
-        data.num_demos,
-        t.eval_instances,
-        t.max_new_tokens,
-        data.include_definition,
-    ).average
+    return evaluate_held_out(model, config).average
 
 
 def report(config: Config, params: list[Param], parent: tuple[str, str] | None) -> dict:

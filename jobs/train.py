@@ -30,7 +30,7 @@ from hyperray.checkpoint import load_weights  # noqa: E402
 from hyperray.cli import parse_args  # noqa: E402
 from hyperray.config import override, save_config  # noqa: E402
 from hyperray.distributed import train_distributed  # noqa: E402
-from hyperray.evaluate import EvalResult, evaluate  # noqa: E402
+from hyperray.evaluate import EvalResult, evaluate_held_out  # noqa: E402
 from hyperray.plots import plot_loss, plot_task_scores  # noqa: E402
 from hyperray.tracking import MlflowLogger, mlflow_loggers, start_run  # noqa: E402
 from hyperray.trainer import MetricLogger  # noqa: E402
@@ -67,14 +67,7 @@ def main(
     t, data = config.train, config.data
 
     def held_out() -> EvalResult:
-        return evaluate(
-            model,
-            eval_tasks,
-            data.num_demos,
-            t.eval_instances,
-            t.max_new_tokens,
-            data.include_definition,
-        )
+        return evaluate_held_out(model, config, eval_tasks)
 
     before = held_out()
     print(f"held-out ROUGE-L before training: {before.average:.2f}", flush=True)
