@@ -100,6 +100,18 @@ def ray_head(tmp_path_factory):
     """
     temp = Path(tempfile.mkdtemp(prefix="hrt-", dir="/tmp"))  # Ray's socket paths must be short
     port, dashboard = free_port(), free_port()
+    # Every agent port is chosen here: the defaults (52365, ...) belong to whichever cluster
+    # took them first, e.g. the session's ``ray_cluster``, and an agent that cannot bind never
+    # registers, so ``ray job submit`` answers "No available agent" forever.
+    agent_ports = [
+        f"--{flag}={free_port()}"
+        for flag in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    ]
     env = os.environ | {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -107,7 +119,8 @@ def ray_head(tmp_path_factory):
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block"]
         + ["--temp-dir", str(temp), "--port", str(port), "--dashboard-port", str(dashboard)]
-        + ["--num-cpus", "4", "--dashboard-host", "127.0.0.1"],
+        + ["--num-cpus", "4", "--dashboard-host", "127.0.0.1"]
+        + agent_ports,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -127,7 +140,10 @@ def ray_head(tmp_path_factory):
             if probe.returncode == 0:
                 break
             last = (probe.stderr.strip().splitlines() or ["(no output)"])[-1]
-            assert time.monotonic() < deadline, f"ray job submit kept failing: {last}"
+            if time.monotonic() > deadline:
+                agent_log = next((temp / "session_latest" / "logs").glob("dashboard_agent*"), None)
+                tail = agent_log.read_text()[-3000:] if agent_log else "(no agent log)"
+                raise AssertionError(f"ray job submit kept failing: {last}\nagent log:\n{tail}")
             time.sleep(2)
         yield address, env
     finally:
