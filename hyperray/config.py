@@ -366,6 +366,44 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return override(config, overrides or {})
 
 
+PATH_KEYS = (
+    "data.path",
+    "data.eval_path",
+    "data.text_path",
+    "train.init_from",
+    "train.storage_path",
+    "model.cache_dir",
+    "output_dir",
+)
+"""Settings that name local files: :func:`absolute_paths` anchors them to the caller's folder."""
+
+
+def absolute_paths(config: Config, base: str | Path | None = None) -> Config:
+    """``config`` with relative local paths made absolute against ``base`` (default: cwd).
+
+    Ray runs trials and workers in folders of its own, where ``../shared/data/sni/train`` means
+    something else; the driver anchors every path before handing the config on. URIs
+    (``runs:/...``, ``models:/...``, ``s3://...``) and hub ids are left as they are; ``model.name``
+    changes only when it names an existing local file or folder.
+    """
+    base = Path(base or Path.cwd())
+    updates = {}
+    for key in PATH_KEYS:
+        value = _get(config, key)
+        if value and ":/" not in value and not Path(value).is_absolute():
+            updates[key] = str((base / value).resolve())
+    name = config.model.name
+    if not Path(name).is_absolute() and (base / name).exists():
+        updates["model.name"] = str((base / name).resolve())
+    return override(config, updates)
+
+
+def _get(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
 def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
 

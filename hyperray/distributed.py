@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hyperray.config import Config, from_dict, override, to_dict
+from hyperray.config import Config, absolute_paths, from_dict, to_dict
 from hyperray.trainer import JsonlLogger, MetricLogger
 
 RECORDED_BATCHES = 64
@@ -58,7 +58,7 @@ def train_distributed(
     from hyperray.build import build_tasks
     from hyperray.ray_data import build_dataset
 
-    config = override(config, {"output_dir": str(Path(config.output_dir).resolve())})
+    config = absolute_paths(config)  # workers run elsewhere
     t = config.train
     train_tasks, _ = build_tasks(config)  # a malformed task file fails before Ray starts
     started_ray = _ensure_ray(t.num_workers * t.cpus_per_worker)

@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hyperray.config import Config, ConfigKeyError, from_dict, override, to_dict, valid_keys
+from hyperray.config import (
+    Config,
+    ConfigKeyError,
+    absolute_paths,
+    from_dict,
+    override,
+    to_dict,
+    valid_keys,
+)
 
 METRIC = "rougeL"
 KINDS = ("choice", "uniform", "loguniform", "int")
@@ -152,9 +160,9 @@ def tune(config: Config) -> dict[str, Any]:
     if not config.train.eval_every:
         raise ValueError("tuning needs train.eval_every > 0: ASHA acts on held-out ROUGE-L")
     build_tasks(config)  # and so do malformed task files
-    out = Path(config.output_dir).resolve()
+    config = absolute_paths(config)  # trials run in Ray's folders, not here
+    out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = override(config, {"output_dir": str(out)})
     state = _read_json(out / "search.json")
     if "parent_run" not in state and config.mlflow.enabled:
         state["parent_run"] = start_run(config, run_name=out.name, tags={"hyperray.kind": "search"})

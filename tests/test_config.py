@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 
 from hyperray.cli import parse_args
-from hyperray.config import Config, ConfigKeyError, load_config, override, valid_keys
+from hyperray.config import (
+    Config,
+    ConfigKeyError,
+    absolute_paths,
+    load_config,
+    override,
+    valid_keys,
+)
 
 CONFIGS = sorted((Path(__file__).parents[1] / "jobs" / "configs").glob("*.yaml"))
 
@@ -76,3 +83,24 @@ def test_every_shipped_config_loads(path):
 
 def test_configs_are_shipped():
     assert any(p.name == "tiny.yaml" for p in CONFIGS)
+
+
+def test_absolute_paths_anchors_local_paths_and_leaves_uris_and_hub_ids(tmp_path):
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    config = override(
+        Config(),
+        {
+            "data.path": "../shared/data/sni/train",
+            "train.init_from": "runs:/abc/checkpoint",
+            "output_dir": "runs/x",
+            "model.name": "models/mine",
+        },
+    )
+    anchored = absolute_paths(config, tmp_path)
+    assert anchored.data.path == str((tmp_path / "../shared/data/sni/train").resolve())
+    assert anchored.output_dir == str(tmp_path / "runs" / "x")
+    assert anchored.model.name == str(tmp_path / "models" / "mine")
+    assert anchored.train.init_from == "runs:/abc/checkpoint"
+    assert anchored.data.eval_path is None
+    hub = override(config, {"model.name": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    assert absolute_paths(hub, tmp_path).model.name == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -14,6 +14,8 @@ from conftest import tiny_config
 from mlflow.tracking import MlflowClient
 
 from hyperray.config import ConfigKeyError, default_search_space, load_config
+from hyperray.data.builtin import builtin_tasks
+from hyperray.data.tasks import write_task
 from hyperray.tuning import SearchSpace, parse_space, trial_settings, tune
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,11 +92,16 @@ def _finished(out: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_search_stopped_after_two_trials_resumes_and_registers_the_best(tmp_path):
+    # Relative task and output folders, as a user types them: trials run in Ray's own folders.
+    for task in builtin_tasks(num_instances=12):
+        write_task(task, tmp_path / "tasks")
     out = tmp_path / "search"
     command = [sys.executable, str(ROOT / "jobs" / "tune.py"), "--config", str(TINY)]
-    command += ["--output-dir", str(out), "--tune.grace_period=6"]  # no early stops: 4 results
+    command += ["--output-dir", "search", "--data.path", "tasks", "--tune.grace_period=6"]
     env = os.environ | {"MLFLOW_TRACKING_URI": "", "RAY_USAGE_STATS_ENABLED": "0"}
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 900
     while len(_finished(out)) < 2:
         assert first.poll() is None, first.stderr.read().decode()[-3000:]
@@ -106,7 +113,9 @@ def test_search_stopped_after_two_trials_resumes_and_registers_the_best(tmp_path
     done_before = {p.parent.name for p in _finished(out)}
     assert len(done_before) in (2, 3) and not (out / "summary.json").exists()
 
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    second = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming the search" in second.stdout
 
