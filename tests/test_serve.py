@@ -16,6 +16,7 @@ from served import Client, free_port, random_checkpoint, serve_process
 
 from hyperray.checkpoint import load_checkpoint
 from hyperray.serving.checkpoints import default_name, parse_ref, resolve_checkpoints
+from hyperray.serving.continuous import ContinuousDecoder
 from hyperray.serving.generation import AdapterCache, Row, answer_rows, chat_prompt_ids
 from hyperray.serving.schemas import ServeArgs
 from hyperray.serving.store import LRU, TaskSpec, adapter_id
@@ -76,6 +77,39 @@ def test_serve_config_validates_against_serve_schema_and_args():
     assert args.autoscaling["max_replicas"] >= args.autoscaling["min_replicas"]
     with pytest.raises(ValueError, match="unknown server argument.*max_batch_sise.*valid:"):
         ServeArgs.model_validate(app.args | {"max_batch_sise": 4})
+
+
+def test_rows_joining_a_running_decode_answer_as_each_row_alone(tmp_path):
+    model, _ = load_checkpoint(random_checkpoint(tmp_path / "ckpt", seed=0))
+    cache = AdapterCache(model, capacity=8)
+    prompts = ["ab", "a much longer prompt than the others", "xyz 12", "q", "late one", "z"]
+    rows = [
+        Row(
+            f"id{i}",
+            TaskSpec(task(i)["definition"], (("in", f"out {i}"),)),
+            tuple(model.collator.prompt_ids(prompt)),
+            max_tokens=3 + 2 * i,
+            ignore_eos=i % 2 == 1,
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+    alone = {i: answer_rows(model, cache, [row])[0] for i, row in enumerate(rows)}
+    decoder = ContinuousDecoder(model, cache)
+    assert ContinuousDecoder.supports(model)
+    # Rows arrive at steps 0, 0, 1, 3, 3 and 6; row 5's caller gives up before it finishes.
+    arrivals, answers, steps = {0: [0, 1], 1: [2], 3: [3, 4], 6: [5]}, {}, 0
+    while steps <= 6 or decoder.rows:
+        joining = [(i, rows[i]) for i in arrivals.get(steps, [])]
+        finished, failed = decoder.step(joining, leaving={5} if steps == 8 else set())
+        assert not failed
+        answers.update(finished)
+        steps += 1
+    assert sorted(answers) == [0, 1, 2, 3, 4], "the row that left is never answered"
+    for i, answer in answers.items():
+        assert answer.token_ids == alone[i].token_ids, f"row {i}"
+        assert answer.finish_reason == alone[i].finish_reason
+    assert max(a.batch_size for a in answers.values()) >= 3, "rows decoded together"
+    assert decoder._cache is None and not decoder.rows, "the batch empties when everyone leaves"
 
 
 def test_a_batch_of_adapters_answers_as_each_row_alone(tmp_path):

@@ -87,23 +87,28 @@ def answer_rows(model: HyperLoRA, cache: AdapterCache, rows: Sequence[Row]) -> l
     outputs = model.generate_ids(
         [row.prompt_ids for row in rows], stack_adapters(adapters), budget, stop_at_end=stop
     )
-    answers = []
-    for row, ids, new in zip(rows, outputs, generated, strict=True):
-        if not row.ignore_eos:
-            ids = cut_at(ids, model.collator.end)
-        stopped = len(ids) < row.max_tokens
-        ids = ids[: row.max_tokens]
-        answers.append(
-            Answer(
-                text=model.tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                token_ids=ids,
-                finish_reason="stop" if stopped else "length",
-                prompt_tokens=len(row.prompt_ids),
-                batch_size=len(rows),
-                adapter_generated=new,
-            )
-        )
-    return answers
+    return [
+        make_answer(model, row, ids, len(rows), new)
+        for row, ids, new in zip(rows, outputs, generated, strict=True)
+    ]
+
+
+def make_answer(
+    model: HyperLoRA, row: Row, ids: list[int], batch_size: int, adapter_generated: bool
+) -> Answer:
+    """A row's decoded tokens as its answer: cut at the end token, then at its budget."""
+    if not row.ignore_eos:
+        ids = cut_at(ids, model.collator.end)
+    stopped = len(ids) < row.max_tokens
+    ids = ids[: row.max_tokens]
+    return Answer(
+        text=model.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+        token_ids=ids,
+        finish_reason="stop" if stopped else "length",
+        prompt_tokens=len(row.prompt_ids),
+        batch_size=batch_size,
+        adapter_generated=adapter_generated,
+    )
 
 
 def _examples(task: TaskSpec) -> list[dict[str, str]]:

@@ -1,11 +1,11 @@
 """The generator deployment: loaded checkpoints, their adapters, and batched generation.
 
 One replica holds up to ``max_checkpoints_per_replica`` checkpoints (Serve model multiplexing,
-keyed by checkpoint name, LRU) and, per checkpoint, an LRU of generated adapter weights.
-Completion requests are queued by ``serve.batch``, which keeps a batch to one multiplexed id, so
-requests for one checkpoint with different adapters share one generation pass. All torch work
-runs on one thread per replica: the adapter hooks hold one active adapter at a time, and the
-event loop stays free to queue the next batch while a pass runs.
+keyed by checkpoint name, LRU) and, per checkpoint, an LRU of generated adapter weights and one
+running batch (:mod:`hyperray.serving.continuous`): a completion joins that batch at its next
+step, whatever adapter it uses, and leaves it when it stops. All torch work runs on one thread
+per replica: the adapter hooks hold one active adapter at a time, and the event loop stays free
+to queue requests while a step runs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch
 from ray import serve
 
 from hyperray.model import HyperLoRA
-from hyperray.serving.generation import AdapterCache, Row, answer_rows, chat_prompt_ids
+from hyperray.serving.continuous import Scheduler, decoder_for
+from hyperray.serving.generation import AdapterCache, Row, chat_prompt_ids
 from hyperray.serving.store import TaskSpec
 
 
@@ -31,6 +32,7 @@ from hyperray.serving.store import TaskSpec
 class Loaded:
     model: HyperLoRA
     adapters: AdapterCache
+    scheduler: Scheduler
 
 
 class Generator:
@@ -48,11 +50,12 @@ class Generator:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hyperray-torch")
 
         async def load(name: str) -> Loaded:
-            return await self._run(_load, self._paths[name], adapter_cache_size)
+            model, adapters = await self._run(_load, self._paths[name], adapter_cache_size)
+            decoder = decoder_for(model, adapters)
+            scheduler = Scheduler(decoder, self._run, max_batch_size, batch_wait_timeout_s)
+            return Loaded(model, adapters, scheduler)
 
         self._load = serve.multiplexed(max_num_models_per_replica=max_checkpoints_per_replica)(load)
-        self._answer_batch.set_max_batch_size(max_batch_size)
-        self._answer_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     async def create_adapter(self, adapter_id: str, task: TaskSpec) -> bool:
         """Generate (or find) the adapter; True when it was generated now."""
@@ -75,30 +78,16 @@ class Generator:
         messages: list[dict[str, str]] | None = None,
         ignore_eos: bool = False,
     ) -> dict:
-        """One request's answer, decoded in a pass with whatever other requests are queued."""
-        name = serve.get_multiplexed_model_id()
-        loaded = await self._load(name)
+        """One request's answer, decoded in the checkpoint's running batch."""
+        loaded = await self._load(serve.get_multiplexed_model_id())
         if messages is not None:
             ids = chat_prompt_ids(loaded.model, messages)
         else:
             ids = loaded.model.collator.prompt_ids(prompt or "")
-        answer = await self._answer_batch(
-            name, Row(adapter_id, task, tuple(ids), max_tokens, ignore_eos)
+        answer = await loaded.scheduler.submit(
+            Row(adapter_id, task, tuple(ids), max_tokens, ignore_eos)
         )
         return asdict(answer)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def _answer_batch(self, names: list[str], rows: list[Row]) -> list:
-        answers: dict[int, object] = {}
-        # serve.batch splits batches by multiplexed id; grouping again keeps this correct anyway.
-        for name in dict.fromkeys(names):
-            indices = [i for i, n in enumerate(names) if n == name]
-            loaded = await self._load(name)
-            group = await self._run(
-                answer_rows, loaded.model, loaded.adapters, [rows[i] for i in indices]
-            )
-            answers.update(zip(indices, group, strict=True))
-        return [answers[i] for i in range(len(rows))]
 
     async def _run(self, fn: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -109,7 +98,7 @@ def _load(path: str, adapter_cache_size: int) -> Loaded:
 
     model, _ = load_checkpoint(path)
     model.eval()
-    return Loaded(model, AdapterCache(model, adapter_cache_size))
+    return model, AdapterCache(model, adapter_cache_size)
 
 
 def _zip_peft(adapter) -> bytes:

@@ -60,9 +60,9 @@ class ServeArgs(BaseModel):
     adapter_cache_size: int = Field(64, ge=1)
     """Generated adapter weights a replica keeps per checkpoint (LRU); misses regenerate."""
     max_batch_size: int = Field(16, ge=1)
-    """Requests, across adapters, decoded in one generation pass."""
+    """Requests, across adapters, decoding together in a checkpoint's running batch."""
     batch_wait_timeout_s: float = Field(0.02, ge=0)
-    """How long a pass waits for more requests before starting."""
+    """How long an idle batch waits for more requests, so that a burst shares one prefill."""
     max_prompt_chars: int = Field(4000, ge=1)
     max_task_chars: int = Field(8000, ge=1)
     max_tokens_limit: int = Field(256, ge=1)
