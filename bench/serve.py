@@ -184,10 +184,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--stop-at-eos", action="store_true")
     parser.add_argument(
-        "--requests", type=int, default=8, help="requests per level (at least one per client)"
+        "--requests", type=int, default=8, help="requests per level (at least two per client)"
     )
     parser.add_argument("--out", default="bench/results")
     options = parser.parse_args()
+
+    def total(clients: int) -> int:  # two per client at least: a closed loop, not one burst
+        return max(options.requests, 2 * clients)
+
     torch.set_num_threads(1)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,7 +224,7 @@ def main() -> None:
         closed_loop(requests_for(tasks, 2, options.max_tokens, ignore_eos, 2), send)  # warm-up
         for clients in LEVELS:
             served[clients] = closed_loop(
-                requests_for(tasks, clients, options.max_tokens, ignore_eos, options.requests), send
+                requests_for(tasks, clients, options.max_tokens, ignore_eos, total(clients)), send
             )
             print(f"served   {clients:2d} clients: {_line(served[clients])}", flush=True)
         with urllib.request.urlopen(url + "/metrics") as response:
@@ -232,7 +236,7 @@ def main() -> None:
     baseline = {}
     for clients in LEVELS:
         baseline[clients] = closed_loop(
-            requests_for(tasks, clients, options.max_tokens, ignore_eos, options.requests),
+            requests_for(tasks, clients, options.max_tokens, ignore_eos, total(clients)),
             baseline_server.send,
         )
         print(f"baseline {clients:2d} clients: {_line(baseline[clients])}", flush=True)

@@ -37,7 +37,7 @@ class Answer:
     """"stop" (the model ended its answer) or "length" (the row's budget ran out)."""
     prompt_tokens: int
     batch_size: int
-    """How many rows the generation pass that produced this answer held."""
+    """The most rows decoded together while this answer was produced (its pass, or its batch)."""
     adapter_generated: bool
     """This row's adapter was generated for this pass (not found in the cache)."""
 

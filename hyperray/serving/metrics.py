@@ -40,7 +40,7 @@ class ServerMetrics:
             "# HELP hyperray_adapters_reused_total Adapter requests answered from the cache.",
             "# TYPE hyperray_adapters_reused_total counter",
             f"hyperray_adapters_reused_total {self.adapters_reused}",
-            "# HELP hyperray_batch_size Rows in the generation pass that answered a request.",
+            "# HELP hyperray_batch_size Most rows decoding together while a request ran.",
             "# TYPE hyperray_batch_size histogram",
         ]
         total = sum(self.batch_sizes.values())
