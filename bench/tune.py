@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,18 +36,16 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     config = ROOT / "jobs" / "configs" / "tune-sni.yaml"
     argv = ["--config", str(config), "--output-dir", args.output_dir, *rest]
-    start = time.monotonic()
     summary = tune_job.main(argv)
     if summary.get("stopped"):
         sys.exit("the search was stopped; run the same command again to finish it")
-    wall = time.monotonic() - start
 
     out = Path(args.output_dir)
     args.results.mkdir(parents=True, exist_ok=True)
     for name in KEPT:
         if (out / name).is_file():
             shutil.copy2(out / name, args.results / name)
-    summary |= {"wall_seconds": wall, "command": "python bench/tune.py " + " ".join(rest)}
+    summary["command"] = "python bench/tune.py " + " ".join(rest)
     summary["machine"] = f"{platform.machine()}, {_cores()} CPU cores, no GPU"
     (args.results / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (args.results / "tune.md").write_text(render(summary, (out / "trials.md").read_text()))
@@ -61,13 +58,17 @@ def render(summary: dict, table: str) -> str:
     others = {k: v for k, v in best["params"].items() if k not in WINNER_KEYS}
     return (
         f"Real search on SmolLM2-135M-Instruct, SNI subset (train -> dev), "
-        f"{summary['trials']} trials, {summary['wall_seconds'] / 60:.0f} min on {summary['machine']}. "
+        f"{summary['trials']} trials, {summary['search_seconds'] / 60:.0f} min from the first "
+        f"trial's start to the last result, on {summary['machine']}. "
         f"Command: `{summary['command'].strip()}`.\n\n"
         f"**Winner** (trial {best['trial']}, held-out ROUGE-L {best['rougeL']:.2f} at step "
         f"{best['step']}): {won}"
         + (f"; also {', '.join(f'{k} = {_fmt(v)}' for k, v in others.items())}" if others else "")
         + ".\n\n"
-        + table
+        + "The winner is the best *finished* trial, scored on its exported checkpoint. A trial "
+        "ASHA stopped shows its last score, taken at an earlier step: it exported nothing, and "
+        "an early score is not comparable with a final one (the plots, Optuna's own, take every "
+        "trial's last score as they are).\n\n" + table
     )
 
 

@@ -304,10 +304,7 @@ def report(config: Config, params: list[Param], parent: tuple[str, str] | None) 
                 "train_seconds": last.get("train_seconds", math.nan),
             }
         )
-    scored = [tr for tr in trials if not math.isnan(tr[METRIC])]
-    if not scored:
-        raise RuntimeError(f"no trial reported {METRIC}; see {out / 'ray' / 'search'}")
-    best = max(scored, key=lambda tr: tr[METRIC])
+    best = pick_best(trials, out / "ray" / "search")
     best_dir = out / "best"
     shutil.rmtree(best_dir, ignore_errors=True)
     shutil.copytree(out / "trials" / best["trial"] / "checkpoint", best_dir / "checkpoint")
@@ -315,7 +312,12 @@ def report(config: Config, params: list[Param], parent: tuple[str, str] | None) 
     keys = [p.key for p in params]
     write_tables(trials, keys, out)
     plots = plot_search(trials, params, out)
-    summary = {"best": best, "trials": len(trials), "metric": METRIC}
+    summary = {
+        "best": best,
+        "trials": len(trials),
+        "metric": METRIC,
+        "search_seconds": search_seconds(analysis.trials),
+    }
     if parent:
         from hyperray.tracking import MlflowLogger, register_checkpoint
 
@@ -330,6 +332,31 @@ def report(config: Config, params: list[Param], parent: tuple[str, str] | None) 
         tracker.finish()
     _write_json(out / "summary.json", summary)
     return summary
+
+
+def pick_best(trials: list[dict], where: Path) -> dict:
+    """The finished trial with the highest final score.
+
+    A trial ASHA stopped was scored early in its training and exported nothing, so it cannot
+    win, however high its last score: early scores and final ones are not comparable.
+    """
+    finished = [tr for tr in trials if tr["status"] == "finished" and not math.isnan(tr[METRIC])]
+    if not finished:
+        raise RuntimeError(
+            f"no trial finished training (each was stopped early or failed); see {where}. "
+            "Raise tune.num_samples, or tune.grace_period so that fewer trials stop early."
+        )
+    return max(finished, key=lambda tr: tr[METRIC])
+
+
+def search_seconds(trials: list) -> float:
+    """Wall time from the first trial's start to the last trial's last result."""
+    spans = [
+        (r["timestamp"] - r["time_total_s"], r["timestamp"])
+        for r in (t.last_result for t in trials)
+        if r and "timestamp" in r and "time_total_s" in r
+    ]
+    return max(end for _, end in spans) - min(start for start, _ in spans) if spans else math.nan
 
 
 def _read_json(path: Path) -> dict:

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from hyperray.config import ConfigKeyError, default_search_space, load_config
 from hyperray.data.builtin import builtin_tasks
 from hyperray.data.tasks import write_task
-from hyperray.tuning import SearchSpace, parse_space, trial_settings, tune
+from hyperray.tuning import SearchSpace, parse_space, pick_best, trial_settings, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "jobs" / "configs" / "tune-tiny.yaml"
@@ -159,3 +159,18 @@ def test_search_stopped_after_two_trials_resumes_and_registers_the_best(tmp_path
 
     local = download_artifacts(summary["registered"]["uri"], tmp_path / "dl", client.tracking_uri)
     assert {"hypernet.safetensors", "hyperray.json"} <= set(os.listdir(local))
+
+
+def test_the_best_trial_is_a_finished_one_even_when_a_stopped_one_scored_higher(tmp_path):
+    def trial(name, status, score):
+        return {"trial": name, "status": status, "rougeL": score, "params": {}}
+
+    trials = [
+        trial("early", "stopped early", 30.0),  # scored at the first rung, exported nothing
+        trial("done", "finished", 20.0),
+        trial("also", "finished", 12.0),
+        trial("broken", "error", float("nan")),
+    ]
+    assert pick_best(trials, tmp_path)["trial"] == "done"
+    with pytest.raises(RuntimeError, match="no trial finished.*tune.grace_period"):
+        pick_best([trials[0], trials[3]], tmp_path)
