@@ -205,12 +205,15 @@ def _ensure_ray(cpus: int) -> bool:
 
     if ray.is_initialized():
         return False
-    try:
-        ray.init(address="auto")  # `ray job submit` sets RAY_ADDRESS; `ray start` leaves a file
-        return False
-    except ConnectionError:
-        if os.environ.get("RAY_ADDRESS"):
-            raise
+    # RAY_ADDRESS=local asks for a cluster of our own: "auto" would start one sized to the
+    # machine, where the workers can take every CPU and the tokeniser then waits forever.
+    if os.environ.get("RAY_ADDRESS") != "local":
+        try:
+            ray.init(address="auto")  # `ray job submit` sets RAY_ADDRESS; `ray start` leaves a file
+            return False
+        except ConnectionError:
+            if os.environ.get("RAY_ADDRESS"):
+                raise
     # Workers take their CPUs; the Ray Data tokeniser and the trainer's controller need room too.
     ray.init(address="local", num_cpus=cpus + 2)
     return True

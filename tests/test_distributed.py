@@ -11,6 +11,7 @@ from conftest import tiny_config
 
 from hyperray.config import ConfigKeyError, override
 from hyperray.deepspeed_engine import deepspeed_config
+from hyperray.distributed import _ensure_ray
 
 
 def _distributed(tmp_path, **overrides):
@@ -135,3 +136,26 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
     assert after[0] == starts[1] + 5  # the counter continues where the checkpoint left it
     assert steps.count(5) == 1  # nothing restarted from zero
     assert _status(out, 0)["weights_sha256"] == rank1["weights_sha256"]
+
+
+@pytest.mark.parametrize("address", ["local", None])
+def test_a_local_cluster_leaves_room_for_the_tokeniser(monkeypatch, address):
+    import ray
+
+    calls = []
+
+    def init(address=None, **kwargs):
+        calls.append((address, kwargs))
+        if address == "auto":
+            raise ConnectionError("no cluster")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    if address:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert _ensure_ray(2) is True
+    # RAY_ADDRESS=local never goes through "auto" (which would size the cluster to the machine).
+    assert calls[-1] == ("local", {"num_cpus": 4})
+    assert [a for a, _ in calls] == (["local"] if address else ["auto", "local"])
